@@ -66,7 +66,7 @@ case "$cmd" in
     setup_python
     setup_browser
     export COURSE_QUICK=1
-    "$PY" -m pytest tests notebooks --nbval-lax -p no:cacheprovider "$@"
+    "$PY" -m pytest tests notebooks --nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider "$@"
     ;;
   lab)
     setup_python
