@@ -46,9 +46,9 @@ setup_browser() {
   if command -v chromium >/dev/null 2>&1; then return 0; fi
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     echo "== installing Debian's chromium for the browser test"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
   else
     echo "course.sh: the browser test needs Chromium (Debian/Ubuntu: sudo apt-get install chromium); it will fail without it." >&2
   fi
@@ -70,7 +70,7 @@ case "$cmd" in
     ;;
   lab)
     setup_python
-    exec "$PY" -m jupyter lab notebooks "$@"
+    exec "$PY" -m jupyter lab notebooks --LabApp.news_url=None --LabApp.extension_manager=readonly "$@"
     ;;
   prepare)
     setup_python
