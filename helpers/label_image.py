@@ -2,6 +2,7 @@
 
     label_image --saved_model_dir /tmp/flowers_model photo.jpg more_photos/
     label_image --saved_model_dir /tmp/flowers_model --json photo.jpg
+    label_image --model /tmp/flowers.tflite photo.jpg    (a TensorFlow Lite file from retrain)
 
 Images are decoded by ``data.load_image``, exactly as for training, and fed to
 the SavedModel's ``classify_images`` signature; a file that cannot be decoded is
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 import helpers  # noqa: F401  (TensorFlow switches first)
-from helpers import data
+from helpers import data, unknown
 
 __all__ = ["classify", "expand_paths", "load_model", "main"]
 
@@ -32,13 +33,16 @@ def load_model(saved_model_dir):
     import tensorflow as tf
 
     folder = Path(saved_model_dir)
+    if folder.suffix == ".tflite":  # a TensorFlow Lite file: the interpreter plays the SavedModel's part
+        from helpers import tflite
+
+        return tflite.load_for_label_image(folder)
     if not (folder / "saved_model.pb").is_file():
         raise FileNotFoundError(f"{folder} is not a SavedModel folder (no saved_model.pb): "
                                 "give the --saved_model_dir that retrain wrote.")
     labels = (folder / LABELS_FILE).read_text().splitlines()
     info = json.loads((folder / MODEL_INFO_FILE).read_text()) if (folder / MODEL_INFO_FILE).is_file() else {}
-    rule_file = folder / UNKNOWN_RULE_FILE
-    info["unknown_rule"] = json.loads(rule_file.read_text()).get("unknown_rule") if rule_file.is_file() else None
+    info["unknown_rule"] = unknown.load_detector(folder)  # None when the model stores no rule
     return tf.saved_model.load(str(folder)), labels, info
 
 
@@ -78,6 +82,7 @@ def classify(paths, saved_model_dir, top_k: int = 5, use_unknown: bool = True, b
             results.append({"path": str(path)})
         except data.BadImageError as error:
             results.append({"path": str(path), "error": error.reason})
+    rule = info.get("unknown_rule") if use_unknown else None
     classify_images = model.signatures["classify_images"]
     for start in range(0, len(good), batch_size):
         chunk = good[start:start + batch_size]
@@ -87,15 +92,21 @@ def classify(paths, saved_model_dir, top_k: int = 5, use_unknown: bool = True, b
             order = np.argsort(-probs)[:top_k]
             results[position].update(label=labels[order[0]], score=float(probs[order[0]]),
                                      top_k=[[labels[j], float(probs[j])] for j in order])
-    if use_unknown and info.get("unknown_rule") is not None:
-        _apply_unknown_rule(results, info["unknown_rule"])
+        if rule is not None:
+            _apply_unknown_rule([results[position] for position, _ in chunk], rule, outputs)
     return results
 
 
-def _apply_unknown_rule(results: list[dict], rule: dict) -> None:
-    """Placeholder for issue 6: a stored rule that turns low-confidence answers into "unknown"."""
-    raise NotImplementedError("this model stores an unknown rule, which this version of label_image cannot apply; "
-                              "run with --no_unknown")
+def _apply_unknown_rule(entries: list[dict], rule, outputs) -> None:
+    """Where the stored rule rejects an image, answer "unknown"; keep what it would have been and why."""
+    if "features" not in outputs:
+        raise NotImplementedError("this model stores an unknown rule but does not output its features: "
+                                  "export it again with retrain, or run with --no_unknown")
+    scores = rule.score(outputs["features"].numpy(), outputs["logits"].numpy())
+    for entry, score in zip(entries, scores):
+        entry.update(known_label=entry["label"], unknown_score=float(score), unknown_threshold=rule.threshold_)
+        if score < rule.threshold_:
+            entry["label"] = "unknown"
 
 
 def _print_text(results: list[dict]) -> None:
@@ -104,6 +115,9 @@ def _print_text(results: list[dict]) -> None:
             print(f"{result['path']}: cannot classify ({result['error']})")
             continue
         print(result["path"])
+        if result["label"] == "unknown" and "known_label" in result:
+            print(f"  unknown: not like the training images (unknown score {result['unknown_score']:.3f} "
+                  f"< threshold {result['unknown_threshold']:.3f}); otherwise {result['known_label']}")
         for label, probability in result["top_k"]:
             print(f"  {label} (score = {probability:.5f})")
 
@@ -113,7 +127,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="label_image", description="Classify images with a model exported by "
                                      "retrain (top-k labels per image).")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="Image files or folders of images.")
-    parser.add_argument("--saved_model_dir", required=True, help="The folder retrain exported the model to.")
+    parser.add_argument("--saved_model_dir", "--model", dest="saved_model_dir", required=True,
+                        help="The folder retrain exported the model to, or a .tflite file it wrote.")
     parser.add_argument("--top_k", type=int, default=5, help="How many labels to show per image.")
     parser.add_argument("--json", action="store_true",
                         help="Print a JSON list of {path, label, score, top_k} instead of text.")
@@ -121,7 +136,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         results = classify(args.paths, args.saved_model_dir, args.top_k, use_unknown=not args.no_unknown)
-    except (FileNotFoundError, NotImplementedError) as error:
+    except (FileNotFoundError, NotImplementedError, ValueError) as error:
         print(f"label_image: error: {error}", file=sys.stderr)
         return 2
     if args.json:

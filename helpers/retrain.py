@@ -284,7 +284,8 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
             features = self.backbone(images)
             logits = tf.matmul(features, self.final_weights) + self.final_biases
             label = tf.gather(self.labels, tf.argmax(logits, axis=1))
-            return {"probabilities": tf.nn.softmax(logits), "logits": logits, "label": label}
+            return {"probabilities": tf.nn.softmax(logits), "logits": logits, "label": label,
+                    "features": features}
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
         def classify_images(self, images):
@@ -309,7 +310,10 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
         "classify_images": module.classify_images,
     })
     (saved_model_dir / LABELS_FILE).write_text("\n".join(labels) + "\n")
-    (saved_model_dir / UNKNOWN_RULE_FILE).write_text(json.dumps({"unknown_rule": unknown_rule}, indent=2) + "\n")
+    if unknown_rule is not None:  # a fitted helpers.unknown.UnknownDetector: unknown_rule.json + .npz
+        unknown_rule.save(saved_model_dir)
+    else:
+        (saved_model_dir / UNKNOWN_RULE_FILE).write_text(json.dumps({"unknown_rule": None}, indent=2) + "\n")
     info = {"backbone": getattr(backbone, "name", None), "backbone_id": getattr(backbone, "id", None),
             "input_size": size, "labels": labels}
     (saved_model_dir / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -463,7 +467,9 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
             saved_model_dir=None, output_labels=None, flip_left_right: bool = False, random_crop: int = 0,
             random_scale: int = 0, random_brightness: int = 0, test_image_dir=None, group_by: str = "basename",
             class_weights: str = "none", seed: int = 42, metrics_json=None, max_images_per_class=None,
-            positive_class=None, threshold_rule="youden", backbone=None, verbose: bool = True) -> RetrainResult:
+            positive_class=None, threshold_rule="youden", unknown_method: str = "knn+msp",
+            unknown_accept_fraction: float = 0.95, backbone=None, verbose: bool = True,
+            fine_tune_blocks: int = 0, tflite_output_file=None, quantize: str | None = None) -> RetrainResult:
     """Retrain the last layer on ``image_dir`` and evaluate it: the ``retrain`` command as a function.
 
     Arguments are the command's flags (see ``python -m helpers.retrain --help``).
@@ -481,11 +487,21 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
     ``test_at_0.5`` / ``test_at_threshold`` (sensitivity, specificity, PPV, NPV,
     accuracy, AUC); ``timings`` (extraction seconds and images/s, training
     seconds, total); ``run`` (the settings).
+
+    ``fine_tune_blocks`` > 0 then fine-tunes the top blocks of the (bundled)
+    backbone, starting from the trained last layer (:func:`helpers.finetune.fine_tune_splits`);
+    the distortion flags then apply to the cached activations, not to the last layer.
+    ``tflite_output_file`` also writes a TensorFlow Lite file (``quantize="int8"``:
+    full-integer, calibrated on 100 training images; :func:`helpers.tflite.export_classifier`).
     """
     from helpers import backbones, settings
 
+    from helpers import finetune, tflite
+
     started = time.perf_counter()
     settings.set_seeds(seed)
+    fine_tune_blocks = finetune.check_fine_tune_options(fine_tune_blocks, getattr(backbone, "name", tfhub_module))
+    quantize = tflite.check_output_options(tflite_output_file, quantize)
     image_dir = _resolve_image_dir(image_dir)
     test_dir = data.find_dataset(test_image_dir, download=False) if test_image_dir else None
     if group_by not in ("basename", "patient"):
@@ -524,7 +540,7 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
     elif class_weights not in (None, "none"):
         raise ValueError(f"--class_weights must be 'none' or 'balanced', not {class_weights!r}.")
 
-    distort = flip_left_right or random_crop or random_scale or random_brightness
+    distort = (flip_left_right or random_crop or random_scale or random_brightness) and not fine_tune_blocks
     batch_source = None
     if distort:
         _echo(verbose, "Distortions on: every training step runs its batch through the network (slow).")
@@ -548,6 +564,15 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
         None if distort else train.features, train.labels, val.features, val.labels, len(classes),
         how_many_training_steps, learning_rate, train_batch_size, validation_batch_size, eval_step_interval,
         class_weights=weights, seed=seed, progress=verbose, on_eval=on_eval, batch_source=batch_source)
+    if fine_tune_blocks:
+        _echo(verbose, f"Fine-tuning the top {fine_tune_blocks} blocks of {backbone.name} from this last layer "
+                       "(BatchNorm frozen, early stopping on validation)")
+        backbone, final_layer, bottlenecks, tuned = finetune.fine_tune_splits(
+            splits, fine_tune_blocks, head=final_layer, class_weights=weights, flip_left_right=flip_left_right,
+            random_crop=random_crop, random_scale=random_scale, random_brightness=random_brightness, seed=seed,
+            progress=verbose, model_name=getattr(backbone, "name", tfhub_module))
+        train, val, test = bottlenecks["training"], bottlenecks["validation"], bottlenecks["testing"]
+        _echo(verbose, tuned.summary())
     training_seconds = time.perf_counter() - training_start
     if writers:
         for writer in writers.values():
@@ -569,10 +594,20 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
             if truth != guess:
                 _echo(verbose, f"{path!s:>70}  {classes[guess]} (true: {classes[truth]})")
 
+    unknown_rule = _fit_unknown_rule(unknown_method, unknown_accept_fraction, final_layer, bottlenecks, verbose)
+    if unknown_rule is not None:
+        metrics["unknown"] = _unknown_report(unknown_rule, final_layer, bottlenecks)
     paths = {}
     if saved_model_dir:
-        paths["saved_model_dir"] = str(export_saved_model(backbone, final_layer, classes, saved_model_dir))
+        paths["saved_model_dir"] = str(export_saved_model(backbone, final_layer, classes, saved_model_dir,
+                                                          unknown_rule=unknown_rule))
         _echo(verbose, f"Saved the model to {saved_model_dir} (labels in {Path(saved_model_dir) / LABELS_FILE})")
+    if tflite_output_file:
+        paths["tflite_output_file"] = str(tflite.export_classifier(
+            backbone, final_layer, classes, tflite_output_file, quantize, representative_paths=train.paths,
+            unknown_rule=unknown_rule, seed=seed))
+        _echo(verbose, f"Saved the TensorFlow Lite model ({quantize or 'float'}) to {tflite_output_file} "
+                       f"({Path(tflite_output_file).stat().st_size / 1e6:.1f} MB; labels beside it)")
     if output_labels:
         Path(output_labels).parent.mkdir(parents=True, exist_ok=True)
         Path(output_labels).write_text("\n".join(classes) + "\n")
@@ -597,12 +632,39 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
                       "group_by": group_by, "class_weights": class_weights, "seed": seed,
                       "how_many_training_steps": how_many_training_steps, "learning_rate": learning_rate,
                       "train_batch_size": train_batch_size, "max_images_per_class": max_images_per_class,
-                      "distortions": bool(distort), "split_sizes": sizes}
+                      "distortions": bool(distort), "split_sizes": sizes, "fine_tune_blocks": fine_tune_blocks,
+                      "tflite_output_file": str(tflite_output_file) if tflite_output_file else None,
+                      "quantize": quantize}
     if metrics_json:
         Path(metrics_json).parent.mkdir(parents=True, exist_ok=True)
         Path(metrics_json).write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
         paths["metrics_json"] = str(metrics_json)
     return RetrainResult(splits, bottlenecks, final_layer, metrics, timings, paths, backbone)
+
+
+def _fit_unknown_rule(method, accept_fraction, final_layer, bottlenecks, verbose):
+    """The rule that lets the exported model answer "unknown" (helpers.unknown), fitted on validation."""
+    from helpers import unknown
+
+    if method in (None, "", "none"):
+        return None
+    train, val = bottlenecks["training"], bottlenecks["validation"]
+    if not _n_rows(val):
+        _echo(verbose, "No validation images: the model is exported without an unknown rule.")
+        return None
+    rule = unknown.UnknownDetector(method, accept_fraction).fit(
+        train.features, train.labels, val.features, final_layer.logits(val.features))
+    _echo(verbose, f"Unknown rule {rule.method}: threshold {rule.threshold_:.3f} chosen to accept at least "
+                   f"{rule.accept_fraction:.0%} of known images (validation N={rule.n_validation_})")
+    return rule
+
+
+def _unknown_report(rule, final_layer, bottlenecks) -> dict:
+    """The rule and the share of known images it accepts in each split."""
+    accepted = {split: float(np.mean(rule.is_known(b.features, final_layer.logits(b.features))))
+                for split, b in bottlenecks.items() if _n_rows(b)}
+    return {"method": rule.method, "accept_fraction": rule.accept_fraction, "confidence": rule.confidence,
+            "threshold": rule.threshold_, "known_accepted": accepted}
 
 
 def _jsonable(value):
@@ -674,8 +736,22 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--threshold_rule", default="youden",
                        help="Two classes: how the threshold is chosen on validation: 'youden' or "
                        "'sensitivity:0.95'.")
+    extra.add_argument("--unknown_method", default="knn+msp",
+                       help="Rule that lets the model answer 'unknown' (helpers.unknown): msp, energy, "
+                       "mahalanobis, knn, several joined by '+', or 'none'.")
+    extra.add_argument("--unknown_accept_fraction", type=float, default=0.95,
+                       help="Fraction of known images the unknown rule must accept (threshold set on validation).")
     extra.add_argument("--max_images_per_class", type=int, default=None,
                        help="Use at most this many images per class and split (quick runs).")
+    ship = p.add_argument_group("fine-tuning and TensorFlow Lite")
+    ship.add_argument("--fine_tune_blocks", type=int, default=0,
+                      help="After the last layer, fine-tune this many of the backbone's top blocks (bundled "
+                      "EfficientNet-Lite only) on cached activations; 0 retrains the last layer only.")
+    ship.add_argument("--tflite_output_file", default=None,
+                      help="Also write the model as a TensorFlow Lite file (.tflite), labels beside it.")
+    ship.add_argument("--quantize", choices=["none", "int8"], default="none",
+                      help="int8: quantise the TensorFlow Lite model's weights and activations to 8 bits "
+                      "(calibrated on 100 training images; float input and output).")
     return p
 
 
