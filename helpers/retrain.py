@@ -287,13 +287,17 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
             return {"probabilities": tf.nn.softmax(logits), "logits": logits, "label": label,
                     "features": features}
 
+        # Plain TensorFlow ops only, so autograph is not needed: without it the export no longer
+        # re-reads this file's source, which failed in kernels that had an older copy imported.
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+        @tf.autograph.experimental.do_not_convert
         def classify_images(self, images):
             same = tf.reduce_all(tf.equal(tf.shape(images)[1:3], [size, size]))
             images = tf.cond(same, lambda: images, lambda: tf.image.resize(images, [size, size], antialias=True))
             return self._classify(tf.ensure_shape(images, [None, size, size, 3]))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+        @tf.autograph.experimental.do_not_convert
         def classify_image_bytes(self, image_bytes):
             def decode(one):
                 image = tf.io.decode_image(one, channels=3, expand_animations=False)
