@@ -289,7 +289,7 @@ def _compute_distorted(paths, backbone, copies, flags, batch_size, seed, progres
     size = load_size_for(backbone.input_size, random_crop, random_scale)
     features, index, skipped = [], [], []
     start = time.perf_counter()
-    batches = image_dataset(paths, size, batch_size=batch_size)
+    batches = image_dataset(paths, size, batch_size=batch_size, central_crop=getattr(backbone, "central_crop", 1.0))
     if progress:
         from tqdm.auto import tqdm
 

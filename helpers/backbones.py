@@ -39,14 +39,16 @@ from . import efficientnet_lite
 from .settings import cache_dir
 
 __all__ = [
-    "BUNDLED", "FORMAT_VERSION", "HUB_MODULES", "Backbone", "BackboneUnavailableError", "HubModule",
-    "bundled_savedmodel", "imagenet_labels", "imagenet_top_k", "input_size_for", "load_backbone", "resolve_handle",
+    "BUNDLED", "BUNDLED_CENTRAL_CROP", "FORMAT_VERSION", "HUB_MODULES", "Backbone", "BackboneUnavailableError", "HubModule",
+    "bundled_savedmodel", "default_central_crop", "imagenet_labels", "imagenet_top_k", "input_size_for", "load_backbone", "resolve_handle",
 ]
 
 #: Bump when the way bundled SavedModels are built changes: it is part of every bundled id.
 FORMAT_VERSION = 1
 #: Name -> input size of the backbones built offline from the EfficientNet-Lite weight packages.
 BUNDLED = {name: info.input_size for name, info in efficientnet_lite.MODELS.items()}
+#: Name -> the central share of the image each bundled network was evaluated on (see ``data.load_image``).
+BUNDLED_CENTRAL_CROP = {name: info.central_crop for name, info in efficientnet_lite.MODELS.items()}
 BUNDLED_FEATURE_DIM = 1280
 #: Written into every bundled SavedModel folder so that the folder alone says what it is.
 METADATA_FILE = "course_backbone.json"
@@ -237,6 +239,9 @@ class Backbone:
 
     ``id`` names the exact weights and preprocessing; the bottleneck cache uses it
     as its folder name, so features of different backbones never mix.
+    ``central_crop`` is how image files are cut before resizing (1: the whole image,
+    squashed; below 1: the centre, see ``data.load_image``); use :meth:`load_image`
+    to decode a file exactly as the bottleneck pipeline does for this backbone.
     """
 
     name: str
@@ -246,7 +251,14 @@ class Backbone:
     id: str
     metadata: dict
     layer: object  # hub.KerasLayer
+    central_crop: float = 1.0
     _function: object = field(default=None, init=False, repr=False)
+
+    def load_image(self, path) -> np.ndarray:
+        """One image file as this backbone's input: float32 ``[size, size, 3]`` in [0, 1]."""
+        from helpers import data
+
+        return data.load_image(path, self.input_size, self.central_crop)
 
     def features(self, images, batch_size: int = 32) -> np.ndarray:
         """Feature vectors ``[n, feature_dim]`` (float32) of images ``[n, size, size, 3]`` in [0, 1]."""
@@ -302,12 +314,26 @@ def _local_id(folder: Path) -> str:
     return digest.hexdigest()[:8]
 
 
-def load_backbone(name_or_handle: str = "efficientnet_lite0", trainable: bool = False) -> Backbone:
+def default_central_crop(name_or_handle: str) -> float:
+    """How much of the image a backbone sees by default: a bundled network's own evaluation
+    crop (0.875 for EfficientNet-Lite0), 1 (the whole image, squashed, as retrain.py did) otherwise."""
+    return BUNDLED_CENTRAL_CROP.get(str(name_or_handle).strip(), 1.0)
+
+
+def load_backbone(name_or_handle: str = "efficientnet_lite0", trainable: bool = False,
+                  central_crop: float | None = None) -> Backbone:
     """Load a feature extractor by name (``BUNDLED`` / ``HUB_MODULES``), TF Hub URL or SavedModel folder.
 
     The returned :class:`Backbone` wraps a ``hub.KerasLayer`` (frozen unless
     ``trainable``) that maps float32 images in [0, 1] to feature vectors.
+    ``central_crop`` (None: :func:`default_central_crop`) is the share of each image
+    file it is shown; it is part of the ``id`` when it is not 1, so features made
+    with another crop are cached apart.
     """
+    from helpers import data
+
+    central_crop = default_central_crop(name_or_handle) if central_crop is None else central_crop
+    central_crop = data.check_central_crop(central_crop)
     resolved = resolve_handle(name_or_handle)
     if resolved.source == "bundled":
         folder = bundled_savedmodel(resolved.name)
@@ -325,7 +351,9 @@ def load_backbone(name_or_handle: str = "efficientnet_lite0", trainable: bool = 
     layer = _hub_layer(handle, trainable, name=_safe(resolved.name), output_shape=[dim] if dim else None)
     if dim is None:  # unknown module: ask it
         dim = int(layer(np.zeros((1, resolved.input_size, resolved.input_size, 3), np.float32)).shape[-1])
-    return Backbone(resolved.name, handle, resolved.input_size, dim, backbone_id, metadata, layer)
+    if central_crop != 1.0:
+        backbone_id = f"{backbone_id}-crop{central_crop:g}"
+    return Backbone(resolved.name, handle, resolved.input_size, dim, backbone_id, metadata, layer, central_crop)
 
 
 def _safe(text: str) -> str:

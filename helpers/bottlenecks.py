@@ -44,10 +44,10 @@ TEMP_PREFIX = ".tmp-"
 STALE_SECONDS = 60.0
 
 
-def image_dataset(paths, size, batch_size: int = 32, errors: dict | None = None):
+def image_dataset(paths, size, batch_size: int = 32, errors: dict | None = None, central_crop: float = 1.0):
     """A ``tf.data.Dataset`` of batches ``(images, ok, index)`` decoded from ``paths``.
 
-    Files are decoded and resized by ``data.load_image`` inside
+    Files are decoded, cropped (``central_crop``) and resized by ``data.load_image`` inside
     ``tf.numpy_function``, several at once (``num_parallel_calls=AUTOTUNE``) but
     delivered in order (``deterministic=True``); ``prefetch`` prepares the next
     batch while the network runs. ``images`` is float32 ``[n, h, w, 3]`` in
@@ -58,11 +58,12 @@ def image_dataset(paths, size, batch_size: int = 32, errors: dict | None = None)
     import tensorflow as tf
 
     height, width = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    central_crop = data.check_central_crop(central_crop)
     paths = [os.fspath(p) for p in paths]
 
     def load(path: bytes, index) -> tuple[np.ndarray, bool]:
         try:
-            return data.load_image(path.decode("utf-8"), (height, width)).astype(np.float32), True
+            return data.load_image(path.decode("utf-8"), (height, width), central_crop).astype(np.float32), True
         except Exception as error:  # BadImageError, and anything else a strange file raises
             if errors is not None:
                 errors[int(index)] = getattr(error, "reason", f"{type(error).__name__}: {error}")
@@ -203,6 +204,7 @@ def compute_bottlenecks(paths, backbone, batch_size: int = 32, progress: bool = 
                         cache=True, desc: str | None = None) -> Bottlenecks:
     """Feature vectors of ``paths`` through ``backbone``, from the cache where possible.
 
+    Files are cut as ``backbone.central_crop`` says (1 when it has none).
     ``cache`` is True (the default cache for ``backbone.id``), False (compute
     everything, store nothing) or a ``BottleneckCache`` (e.g. another root).
     Only images missing from the cache go through the network; identical files
@@ -239,7 +241,8 @@ def compute_bottlenecks(paths, backbone, batch_size: int = 32, progress: bool = 
                desc=desc or f"bottlenecks ({getattr(backbone, 'name', 'backbone')})")
     computed = 0
     errors: dict[int, str] = {}
-    batches = image_dataset([paths[i] for i in todo], backbone.input_size, batch_size, errors) if todo else []
+    crop = getattr(backbone, "central_crop", 1.0)
+    batches = image_dataset([paths[i] for i in todo], backbone.input_size, batch_size, errors, crop) if todo else []
     try:
         for images, ok, index in batches:
             ok, index = ok.numpy(), index.numpy()

@@ -12,6 +12,7 @@ each file's name, so that a file keeps its split when other files are added.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -42,6 +43,8 @@ __all__ = [
     "download_dataset",
     "find_dataset",
     "list_images",
+    "check_central_crop",
+    "crop_box",
     "load_image",
     "make_splits",
     "patient_id",
@@ -607,13 +610,18 @@ def _size_hw(size) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def load_image(path, size) -> np.ndarray:
+def load_image(path, size, central_crop: float = 1.0) -> np.ndarray:
     """Decode an image file into a float32 array ``[height, width, 3]`` with values in [0, 1].
 
-    ``size`` is an int (a square) or ``(height, width)``. The whole image is resized
-    to that size without keeping its aspect ratio (squashed, not cropped), with
-    bilinear resampling (antialiased when shrinking) -- the same fixed method for
-    every file. Handled: JPEG, PNG, GIF (first frame), BMP, WebP, TIFF; greyscale,
+    ``size`` is an int (a square) or ``(height, width)``. With ``central_crop=1``
+    (the default, retrain.py's way) the whole image is resized to that size
+    without keeping its aspect ratio (squashed). With ``central_crop < 1`` only
+    the centre is kept, the way ImageNet networks are evaluated (timm's
+    ``crop_pct``): the largest centred window of the output's aspect ratio,
+    shrunk to ``central_crop`` of its side, is resized to ``size`` -- for 0.875
+    and 224 px that is "shorter side to 256, then the central 224 x 224". See
+    ``crop_box``. Resampling is bilinear (antialiased when shrinking), the same
+    fixed method for every file. Handled: JPEG, PNG, GIF (first frame), BMP, WebP, TIFF; greyscale,
     palette, CMYK, 16-bit (scaled by 1/65535, not clipped), transparency
     (composited on white), EXIF orientation, and extensions that lie (the content
     decides). A JPEG much larger than ``size`` is decoded at 1/2, 1/4 or 1/8 scale
@@ -625,16 +633,20 @@ def load_image(path, size) -> np.ndarray:
     if isinstance(path, bytes):
         path = os.fsdecode(path)
     height, width = _size_hw(size)
+    central_crop = check_central_crop(central_crop)
     try:
         with Image.open(path) as im:
             orientation = im.getexif().get(_EXIF_ORIENTATION, 1) if "exif" in im.info else 1
             rotated = orientation in (5, 6, 7, 8)
             if im.format == "JPEG":
-                im.draft(None, (height, width) if rotated else (width, height))
+                # Decode no smaller than the crop window needs: the window's side is
+                # ``central_crop`` (at least) of the image's, so ask for size / central_crop.
+                need = (math.ceil(width / central_crop), math.ceil(height / central_crop))
+                im.draft(None, need[::-1] if rotated else need)
             im.load()
             if orientation != 1:
                 im = ImageOps.exif_transpose(im)
-            return _to_array(im, height, width)
+            return _to_array(im, height, width, central_crop)
     except BadImageError:
         raise
     except FileNotFoundError:
@@ -662,22 +674,47 @@ def _reason(path, err: Exception) -> str:
 _RESAMPLE = Image.Resampling.BILINEAR
 
 
-def _resize(im: Image.Image, height: int, width: int) -> Image.Image:
-    if im.size == (width, height):
+def check_central_crop(central_crop) -> float:
+    central_crop = float(central_crop)
+    if not 0.0 < central_crop <= 1.0:
+        raise ValueError(f"central_crop must be in (0, 1], got {central_crop}")
+    return central_crop
+
+
+def crop_box(image_width: int, image_height: int, size, central_crop: float = 1.0) -> tuple[float, ...]:
+    """The ``(left, top, right, bottom)`` window of an image that ``load_image`` resizes to ``size``.
+
+    ``central_crop=1``: the whole image. Otherwise the largest centred window with
+    the aspect ratio of ``size``, shrunk about its centre to ``central_crop`` of
+    its side. (For a 320x240 photo, 224 px and 0.875: the central 210x210.)
+    """
+    height, width = _size_hw(size)
+    central_crop = check_central_crop(central_crop)
+    if central_crop == 1.0:
+        return (0.0, 0.0, float(image_width), float(image_height))
+    scale = min(image_width / width, image_height / height) * central_crop
+    window_w, window_h = width * scale, height * scale
+    left, top = (image_width - window_w) / 2, (image_height - window_h) / 2
+    return (left, top, left + window_w, top + window_h)
+
+
+def _resize(im: Image.Image, height: int, width: int, central_crop: float = 1.0) -> Image.Image:
+    box = crop_box(im.width, im.height, (height, width), central_crop)
+    if im.size == (width, height) and central_crop == 1.0:
         return im
-    shrinking = im.width > width or im.height > height
-    return im.resize((width, height), _RESAMPLE, reducing_gap=3.0 if shrinking else None)
+    shrinking = box[2] - box[0] > width or box[3] - box[1] > height
+    return im.resize((width, height), _RESAMPLE, box=box, reducing_gap=3.0 if shrinking else None)
 
 
-def _to_array(im: Image.Image, height: int, width: int) -> np.ndarray:
+def _to_array(im: Image.Image, height: int, width: int, central_crop: float = 1.0) -> np.ndarray:
     if im.mode in _SIXTEEN_BIT_MODES or im.mode == "F":
         scale = 1.0 / 65535 if im.mode != "F" else 1.0
-        im = _resize(im.convert("F"), height, width)
+        im = _resize(im.convert("F"), height, width, central_crop)
         grey = np.clip(np.asarray(im, dtype=np.float32) * np.float32(scale), 0.0, 1.0)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if im.mode not in ("RGB", "L"):
         im = _to_rgb(im)
-    im = _resize(im, height, width)
+    im = _resize(im, height, width, central_crop)
     array = np.asarray(im, dtype=np.float32)
     array *= np.float32(1.0 / 255.0)
     if array.ndim == 2:

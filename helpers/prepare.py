@@ -34,12 +34,13 @@ CLASSIFIERS = ("efficientnet_lite0",)
 #: TF Hub modules the notebooks offer as alternatives when there is internet (Inception V3 is the article's).
 HUB_MODULES = ("inception_v3", "mobilenet_v2_100_224")
 DATASETS = ("flowers", "chest_xray", "daffodils")
-#: Which backbones' bottlenecks each data set needs (the default backbone everywhere,
-#: EfficientNet-Lite2 where notebooks 3 and 5 try a bigger one).
+#: Which bottlenecks each data set needs: ``(backbone, central_crop)``, None meaning the backbone's
+#: own crop. The flower model sees the central crop, the X-ray model the whole image (notebook 4),
+#: and notebook 5 shows each model the other's images; EfficientNet-Lite2 is notebook 3's bigger option.
 BOTTLENECKS = {
-    "flowers": ("efficientnet_lite0", "efficientnet_lite2"),
-    "chest_xray": ("efficientnet_lite0",),
-    "daffodils": ("efficientnet_lite0", "efficientnet_lite2"),
+    "flowers": (("efficientnet_lite0", None), ("efficientnet_lite2", None), ("efficientnet_lite0", 1.0)),
+    "chest_xray": (("efficientnet_lite0", 1.0), ("efficientnet_lite0", None)),
+    "daffodils": (("efficientnet_lite0", None), ("efficientnet_lite2", None)),
 }
 
 
@@ -176,13 +177,14 @@ def prepare_bottlenecks(folders: dict[str, Path], plan: dict = BOTTLENECKS, prog
     loaded = {}
     for name, folder in folders.items():
         paths = dataset_images(folder)
-        for backbone_name in plan.get(name, ()):
+        for backbone_name, central_crop in plan.get(name, ()):
             start = time.perf_counter()
-            if backbone_name not in loaded:
-                loaded[backbone_name] = backbones.load_backbone(backbone_name)
-            result = bottlenecks.compute_bottlenecks(paths, loaded[backbone_name], progress=progress,
-                                                     desc=f"{name} / {backbone_name}")
-            yield Step("bottlenecks", f"{name} / {backbone_name}", "computed" if result.computed else "cached",
+            if (backbone_name, central_crop) not in loaded:
+                loaded[backbone_name, central_crop] = backbones.load_backbone(backbone_name, central_crop=central_crop)
+            backbone = loaded[backbone_name, central_crop]
+            label = f"{name} / {backbone_name} (crop {backbone.central_crop:g})"
+            result = bottlenecks.compute_bottlenecks(paths, backbone, progress=progress, desc=label)
+            yield Step("bottlenecks", label, "computed" if result.computed else "cached",
                        images=len(paths), computed=result.computed, from_cache=result.from_cache,
                        skipped=len(result.skipped), seconds=time.perf_counter() - start)
 
@@ -208,7 +210,7 @@ def prepare(datasets=DATASETS, backbone_names=BACKBONES, classifiers=CLASSIFIERS
     run(prepare_hub_modules(hub_modules))
     folders, steps = prepare_datasets(datasets, download=download)
     run(steps)
-    plan = {name: tuple(b for b in BOTTLENECKS.get(name, ()) if b in backbone_names) for name in folders}
+    plan = {name: tuple(b for b in BOTTLENECKS.get(name, ()) if b[0] in backbone_names) for name in folders}
     run(prepare_bottlenecks(folders, plan, progress=progress))
     report.bytes_after = disk_usage(cache)
     report.seconds = time.perf_counter() - start

@@ -200,45 +200,34 @@ def train_final_layer(train_x, train_y, val_x, val_y, n_classes: int, how_many_t
 def _distorted_batches(paths, labels, backbone, flip_left_right, random_crop, random_scale, random_brightness):
     """``batch_source`` for the distortion path: distorted training images through the network, every step.
 
-    retrain.py's distortions: the image is scaled up by ``(1 + random_crop%) *
-    uniform(1, 1 + random_scale%)``, a random window of the network's input size
-    is cut out of it, flipped left-right half of the time, and its pixels
-    multiplied by ``uniform(1 - random_brightness%, 1 + random_brightness%)``
-    (then clipped to [0, 1]). The images are decoded once (at the input size, kept as uint8 in memory);
-    each step costs one network pass per image, which is why this path is slow.
+    retrain.py's distortions (:func:`helpers.augment.distort_images`): a random
+    window of ``1 / ((1 + random_crop%) * uniform(1, 1 + random_scale%))`` of each
+    side, resized to the network's input size, flipped left-right half of the
+    time, its pixels multiplied by ``uniform(1 - random_brightness%, 1 + random_brightness%)``
+    and clipped to [0, 1]. The images are decoded once (at the input size, with the
+    backbone's ``central_crop``, kept as uint8 in memory); each step costs one
+    network pass per image, which is why this path is slow.
     """
     import tensorflow as tf
 
+    from helpers.augment import distort_images
     from helpers.bottlenecks import image_dataset
 
     size = backbone.input_size
     images, kept = [], []
-    for batch, ok, index in image_dataset(paths, size, batch_size=64):
+    for batch, ok, index in image_dataset(paths, size, batch_size=64,
+                                          central_crop=getattr(backbone, "central_crop", 1.0)):
         keep = ok.numpy()
         images.append(tf.image.convert_image_dtype(tf.boolean_mask(batch, keep), tf.uint8, saturate=True))
         kept.append(index.numpy()[keep])
     images = tf.concat(images, 0)
     labels = tf.constant(np.asarray(labels)[np.concatenate(kept)], tf.int32)
-    margin = 1.0 + random_crop / 100.0
-    max_scale = 1.0 + random_scale / 100.0
-
-    def distort(image, seeds):
-        image = tf.image.convert_image_dtype(image, tf.float32)
-        scale = margin * tf.random.stateless_uniform([], seeds[0], 1.0, max_scale)
-        precrop = tf.cast(scale * size, tf.int32)
-        image = tf.image.resize(image, [precrop, precrop])
-        image = tf.image.stateless_random_crop(image, [size, size, 3], seeds[1])
-        if flip_left_right:
-            image = tf.image.stateless_random_flip_left_right(image, seeds[2])
-        factor = tf.random.stateless_uniform([], seeds[3], 1 - random_brightness / 100.0, 1 + random_brightness / 100.0)
-        return tf.clip_by_value(image * factor, 0.0, 1.0)  # the backbone takes pixels in [0, 1]
 
     @tf.function
     def distorted(generator, batch_size):
         index = generator.uniform([batch_size], 0, tf.shape(images, out_type=tf.int64)[0], dtype=tf.int64)
-        seeds = generator.uniform_full_int([batch_size, 4, 2], dtype=tf.int32)
-        batch = tf.map_fn(lambda args: distort(*args), (tf.gather(images, index), seeds),
-                          fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        batch = distort_images(tf.gather(images, index), size, flip_left_right, random_crop, random_scale,
+                               random_brightness, rng=generator)
         return batch, tf.gather(labels, index)
 
     def batch_source(generator, batch_size):
@@ -256,9 +245,10 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
     the top ``label``):
 
     - ``serving_default``: ``image_bytes``, a batch of encoded files (tf.string:
-      JPEG, PNG, GIF, BMP), decoded with ``tf.io.decode_image`` and resized
-      (bilinear, antialiased) to the backbone's input size. Unlike
-      ``data.load_image`` it does not apply EXIF rotation.
+      JPEG, PNG, GIF, BMP), decoded with ``tf.io.decode_image``, cut to the
+      backbone's ``central_crop`` (the central square, to whole pixels) and resized
+      (bilinear, antialiased) to its input size. Unlike ``data.load_image`` it
+      does not apply EXIF rotation.
     - ``classify_images``: ``images``, float32 ``[n, h, w, 3]`` in [0, 1]
       (resized when ``h, w`` differ from the input size).
 
@@ -271,6 +261,7 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
     saved_model_dir = Path(saved_model_dir)
     labels = [str(label) for label in labels]
     size = int(backbone.input_size)
+    central_crop = float(getattr(backbone, "central_crop", 1.0))
 
     class Classifier(tf.Module):
         def __init__(self):
@@ -302,6 +293,11 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
             def decode(one):
                 image = tf.io.decode_image(one, channels=3, expand_animations=False)
                 image = tf.image.convert_image_dtype(image, tf.float32)
+                if central_crop < 1.0:  # data.crop_box for a square output, rounded to whole pixels
+                    height, width = tf.unstack(tf.shape(image)[:2])
+                    side = tf.cast(tf.round(tf.cast(tf.minimum(height, width), tf.float32) * central_crop), tf.int32)
+                    side = tf.maximum(side, 1)
+                    image = tf.image.crop_to_bounding_box(image, (height - side) // 2, (width - side) // 2, side, side)
                 return tf.image.resize(image, [size, size], antialias=True)
 
             images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
@@ -319,7 +315,7 @@ def export_saved_model(backbone, final_layer: FinalLayer, labels, saved_model_di
     else:
         (saved_model_dir / UNKNOWN_RULE_FILE).write_text(json.dumps({"unknown_rule": None}, indent=2) + "\n")
     info = {"backbone": getattr(backbone, "name", None), "backbone_id": getattr(backbone, "id", None),
-            "input_size": size, "labels": labels}
+            "input_size": size, "central_crop": central_crop, "labels": labels}
     (saved_model_dir / MODEL_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return saved_model_dir
 
@@ -473,7 +469,8 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
             class_weights: str = "none", seed: int = 42, metrics_json=None, max_images_per_class=None,
             positive_class=None, threshold_rule="youden", unknown_method: str = "knn+msp",
             unknown_accept_fraction: float = 0.95, backbone=None, verbose: bool = True,
-            fine_tune_blocks: int = 0, tflite_output_file=None, quantize: str | None = None) -> RetrainResult:
+            fine_tune_blocks: int = 0, tflite_output_file=None, quantize: str | None = None,
+            central_crop: float | None = None) -> RetrainResult:
     """Retrain the last layer on ``image_dir`` and evaluate it: the ``retrain`` command as a function.
 
     Arguments are the command's flags (see ``python -m helpers.retrain --help``).
@@ -481,6 +478,9 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
     are written only when given (the command gives a default SavedModel folder).
     ``backbone`` may be an already loaded ``Backbone`` (saves reloading it in a
     notebook). ``verbose`` prints retrain.py's lines and progress bars.
+    ``central_crop`` (None: the backbone's own, 0.875 for EfficientNet-Lite0) is the
+    share of each image file the network sees; 1 shows the whole image squashed, as
+    retrain.py did (right for images that are already square, like the X-rays here).
 
     ``result.metrics`` (also written to ``metrics_json``) holds: ``backbone``;
     ``classes``; ``splits`` -> ``{training, validation, testing}`` each with
@@ -525,8 +525,9 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
     _echo(verbose, f"{len(classes)} classes ({', '.join(classes)}) in {image_dir}: "
                    + ", ".join(f"{split} {n}" for split, n in sizes.items()))
 
-    backbone = backbone or backbones.load_backbone(tfhub_module)
-    _echo(verbose, f"Backbone {backbone.name} ({backbone.input_size} px, id {backbone.id})")
+    backbone = backbone or backbones.load_backbone(tfhub_module, central_crop=central_crop)
+    _echo(verbose, f"Backbone {backbone.name} ({backbone.input_size} px, central crop "
+                   f"{getattr(backbone, 'central_crop', 1.0):g}, id {backbone.id})")
     cache = BottleneckCache(backbone.id, root=bottleneck_dir)
     extraction_start = time.perf_counter()
     bottlenecks = bottlenecks_for_splits(splits, backbone, progress=verbose, cache=cache)
@@ -574,7 +575,8 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
         backbone, final_layer, bottlenecks, tuned = finetune.fine_tune_splits(
             splits, fine_tune_blocks, head=final_layer, class_weights=weights, flip_left_right=flip_left_right,
             random_crop=random_crop, random_scale=random_scale, random_brightness=random_brightness, seed=seed,
-            progress=verbose, model_name=getattr(backbone, "name", tfhub_module))
+            progress=verbose, model_name=getattr(backbone, "name", tfhub_module),
+            central_crop=getattr(backbone, "central_crop", 1.0))
         train, val, test = bottlenecks["training"], bottlenecks["validation"], bottlenecks["testing"]
         _echo(verbose, tuned.summary())
     training_seconds = time.perf_counter() - training_start
@@ -636,6 +638,7 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
                       "group_by": group_by, "class_weights": class_weights, "seed": seed,
                       "how_many_training_steps": how_many_training_steps, "learning_rate": learning_rate,
                       "train_batch_size": train_batch_size, "max_images_per_class": max_images_per_class,
+                      "central_crop": getattr(backbone, "central_crop", 1.0),
                       "distortions": bool(distort), "split_sizes": sizes, "fine_tune_blocks": fine_tune_blocks,
                       "tflite_output_file": str(tflite_output_file) if tflite_output_file else None,
                       "quantize": quantize}
@@ -695,6 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--image_dir", required=True, help="Path to folders of labeled images (or a dataset name: flowers).")
     add("--tfhub_module", default="efficientnet_lite0",
         help="Backbone: a bundled name (efficientnet_lite0/1/2), a known TF Hub name, or a TF Hub handle.")
+    add("--central_crop", type=float, default=None,
+        help="Share of each image the network sees: 1 = the whole image squashed to a square (retrain.py); "
+        "below 1 = the centre, as ImageNet networks are evaluated. Default: the backbone's own "
+        "(0.875 for efficientnet_lite0, 1 for TF Hub modules).")
     add("--bottleneck_dir", default=None, help="Folder for the cached bottleneck vectors; None = the course cache.")
     add("--how_many_training_steps", type=int, default=4000, help="How many training steps to run before ending.")
     add("--learning_rate", type=float, default=0.01, help="How large a learning rate to use when training.")

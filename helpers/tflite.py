@@ -95,8 +95,9 @@ def convert(keras_model, output_file, quantize: str | None = None, representativ
     return output_file
 
 
-def load_images(paths, size: int, batch_size: int = 32) -> tuple[np.ndarray, list[int], dict]:
-    """Decode image files to float32 ``[n, size, size, 3]`` in [0, 1], as the bottlenecks do.
+def load_images(paths, size: int, batch_size: int = 32, central_crop: float = 1.0) -> tuple[np.ndarray, list[int], dict]:
+    """Decode image files to float32 ``[n, size, size, 3]`` in [0, 1], as the bottlenecks do
+    (``central_crop``: the backbone's, see ``helpers.data.load_image``).
 
     Returns ``(images, kept, errors)``: ``kept`` are the positions in ``paths`` of the
     images that could be decoded, ``errors`` maps the others' positions to a reason.
@@ -105,7 +106,7 @@ def load_images(paths, size: int, batch_size: int = 32) -> tuple[np.ndarray, lis
 
     errors: dict = {}
     images, kept = [], []
-    for batch, ok, index in image_dataset(list(paths), size, batch_size, errors):
+    for batch, ok, index in image_dataset(list(paths), size, batch_size, errors, central_crop):
         ok = ok.numpy().astype(bool)
         images.append(batch.numpy()[ok])
         kept += [int(i) for i in index.numpy()[ok]]
@@ -113,14 +114,14 @@ def load_images(paths, size: int, batch_size: int = 32) -> tuple[np.ndarray, lis
     return array, kept, errors
 
 
-def representative_images(paths, size: int, n: int = 100, seed: int = 42) -> np.ndarray:
+def representative_images(paths, size: int, n: int = 100, seed: int = 42, central_crop: float = 1.0) -> np.ndarray:
     """``n`` training images chosen at random (with ``seed``), decoded for int8 calibration."""
     paths = list(paths)
     if not paths:
         raise ValueError("no images to choose representative images from")
     rng = np.random.default_rng(seed)
     chosen = [paths[i] for i in sorted(rng.choice(len(paths), min(n, len(paths)), replace=False))]
-    return load_images(chosen, size)[0]
+    return load_images(chosen, size, central_crop=central_crop)[0]
 
 
 def _interpreter_class():
@@ -460,13 +461,16 @@ def export_classifier(backbone, final_layer, labels, output_file, quantize: str 
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES}, got {quantize!r}")
     representative = None
+    central_crop = float(getattr(backbone, "central_crop", 1.0))
     if quantize == "int8":
         if not representative_paths:
             raise ValueError("int8 quantisation needs representative training images")
-        representative = representative_images(representative_paths, int(backbone.input_size), n_representative, seed)
+        representative = representative_images(representative_paths, int(backbone.input_size), n_representative, seed,
+                                               central_crop)
     convert(classifier_model(backbone, final_layer), output_file, quantize, representative)
     write_sidecar(output_file, labels, int(backbone.input_size), quantize, unknown_rule,
-                  extra={"backbone": getattr(backbone, "name", None), "backbone_id": getattr(backbone, "id", None)})
+                  extra={"backbone": getattr(backbone, "name", None), "backbone_id": getattr(backbone, "id", None),
+                         "central_crop": central_crop})
     return output_file
 
 
@@ -484,7 +488,7 @@ def check_int8_file(path, image_paths, labels) -> bool:
     if not model.quantized:
         print(f"{Path(path).name} is a float model: pass quantize='int8' and representative images to tflite.convert.")
         return False
-    images, kept, _ = load_images(image_paths, model.input_size)
+    images, kept, _ = load_images(image_paths, model.input_size, central_crop=read_sidecar(path).get("central_crop", 1.0))
     predicted = model.predict(images)
     right = int(np.sum(predicted == np.asarray(labels)[kept]))
     print(f"Right: {Path(path).name} is int8 ({model.size_bytes / 1e6:.1f} MB) and classifies {right} of "
@@ -527,5 +531,5 @@ def load_for_label_image(tflite_file):
                          f"{len(labels)} classes")
     if info["unknown_rule"] is not None and not model.outputs_logits:
         raise ValueError(f"{Path(tflite_file).name} has an unknown rule but does not output logits and features")
-    info = {**info, "input_size": model.input_size}
+    info = {**info, "input_size": model.input_size, "central_crop": info.get("central_crop", 1.0)}
     return SimpleNamespace(signatures={"classify_images": _ClassifyImagesSignature(model)}, tflite=model), labels, info

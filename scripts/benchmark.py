@@ -35,7 +35,7 @@ DATASETS = {
     "flowers": ["--image_dir", str(DATA / "flower_photos")],
     "chest_xray": ["--image_dir", str(DATA / "chest_xray" / "train"),
                    "--test_image_dir", str(DATA / "chest_xray" / "test"),
-                   "--group_by", "patient", "--class_weights", "balanced"],
+                   "--group_by", "patient", "--class_weights", "balanced", "--central_crop", "1"],
 }
 
 

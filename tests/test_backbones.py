@@ -143,7 +143,14 @@ def test_bundled_feature_extractor_matches_the_keras_model(cache):
 
     backbone = load_backbone("efficientnet_lite0")
     assert (backbone.name, backbone.input_size, backbone.feature_dim) == ("efficientnet_lite0", 224, 1280)
-    assert backbone.id == backbones.bundled_id("efficientnet_lite0") == folder.name
+    # The id names the weights and the preprocessing: the network's own evaluation crop by default.
+    assert backbone.central_crop == 0.875
+    assert backbone.id == backbones.bundled_id("efficientnet_lite0") + "-crop0.875"
+    assert backbones.bundled_id("efficientnet_lite0") == folder.name
+    whole = load_backbone("efficientnet_lite0", central_crop=1)
+    assert (whole.central_crop, whole.id) == (1.0, folder.name)
+    with pytest.raises(ValueError, match="central_crop must be in"):
+        load_backbone("efficientnet_lite0", central_crop=1.5)
     assert backbone.layer.trainable is False and not backbone.layer.trainable_weights
     x = _photos(224)
     features = backbone.features(np.concatenate([x] * 3), batch_size=4)  # 6 images, batches of 4 and 2

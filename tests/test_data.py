@@ -330,3 +330,31 @@ def test_real_flower_and_xray_files_decode():
     for path in (flower, xray):
         pixels = data.load_image(path, 224)
         assert pixels.shape == (224, 224, 3) and 0 <= pixels.min() < pixels.max() <= 1
+
+
+# ----------------------------------------------------------------------------- the central crop
+def test_crop_box_is_the_centred_window_of_the_output_shape():
+    assert data.crop_box(320, 240, 224) == (0.0, 0.0, 320.0, 240.0)  # 1: the whole image
+    left, top, right, bottom = data.crop_box(320, 240, 224, 0.875)  # timm: shorter side to 256, centre 224
+    assert (right - left, bottom - top) == pytest.approx((210.0, 210.0))
+    assert (left + right, top + bottom) == pytest.approx((320.0, 240.0))  # centred
+    left, top, right, bottom = data.crop_box(100, 400, (20, 40), 0.5)  # a wide output from a tall image
+    assert (right - left, bottom - top) == pytest.approx((50.0, 25.0))
+    for bad in (0, -0.5, 1.01):
+        with pytest.raises(ValueError, match="central_crop must be in"):
+            data.crop_box(10, 10, 8, bad)
+
+
+def test_central_crop_keeps_the_middle_and_drops_the_border(tmp_path):
+    # A 300x200 photo: an 8-pixel red border around a blue middle.
+    im = Image.new("RGB", (300, 200), RED)
+    im.paste(BLUE, (8, 8, 292, 192))
+    path = _save(im, tmp_path / "framed.png")
+    whole = data.load_image(path, 64)  # squashed: the red border is still there
+    assert whole[0, 0, 0] > 0.5 and whole[32, 32, 2] > 0.99
+    centre = data.load_image(path, 64, 0.875)  # the central 175x175 (rows 12.5-187.5): all blue
+    np.testing.assert_allclose(centre, np.broadcast_to(np.array(BLUE) / 255, (64, 64, 3)), atol=0.01)
+    assert data.load_image(path, (32, 48), 0.875).shape == (32, 48, 3)
+    # A large JPEG is decoded at a reduced scale, never below what the window needs.
+    big = _save(im.resize((2400, 1600)), tmp_path / "big.jpg", quality=95)
+    np.testing.assert_allclose(data.load_image(big, 64, 0.875), centre, atol=0.03)

@@ -65,7 +65,9 @@ def test_activations_are_cached_per_image_and_labels_stay_aligned(cache_root, sp
         np.testing.assert_array_equal(acts.labels, splits.labels[split])
         assert acts.paths == splits.files[split] and acts.block == 14
     assert np.all(np.isfinite(activations["training"].x)) and activations["training"].x.max() > 0
-    cache = BottleneckCache(finetune.LowerNetwork(k=14).id)
+    lower = finetune.LowerNetwork(k=14)
+    assert lower.id.endswith("-crop0.875@block14") and finetune.LowerNetwork(k=14, central_crop=1).id.endswith("-v1@block14")
+    cache = BottleneckCache(lower.id)
     assert str(cache.folder).startswith(str(cache_root)) and len(cache) == sum(map(len, activations.values()))
     again = finetune.cached_activations(splits, BLOCKS, progress=False, split_names=["validation"])
     assert again["validation"].from_cache == len(splits.files["validation"]) and again["validation"].computed == 0
@@ -76,7 +78,8 @@ def test_frozen_top_of_cached_activations_gives_the_ordinary_bottlenecks(splits,
     from helpers import backbones
 
     backbone = backbones.load_backbone("efficientnet_lite0")
-    images = np.stack([data.load_image(p, 224) for p in splits.files["validation"][:4]])
+    images = np.stack([backbone.load_image(p) for p in splits.files["validation"][:4]])  # its own crop
+    assert activations["validation"].central_crop == backbone.central_crop == 0.875
     maps = finetune.Activations(activations["validation"].x[:4], activations["validation"].labels[:4], [], 14,
                                 "efficientnet_lite0")
     np.testing.assert_allclose(finetune.frozen_features(maps), backbone.features(images), atol=0.02)
@@ -116,7 +119,8 @@ def test_fine_tuned_model_classifies_held_out_flowers(tuned, activations):
 
 
 def test_the_exportable_model_matches_the_cached_path(tuned, splits, activations):
-    images = np.stack([data.load_image(p, 224) for p in splits.files["testing"][:3]])
+    assert tuned.central_crop == 0.875 and tuned.as_backbone_and_head()[0].central_crop == 0.875
+    images = np.stack([data.load_image(p, 224, tuned.central_crop) for p in splits.files["testing"][:3]])
     probabilities = tuned.keras_model().predict(images, verbose=0)
     np.testing.assert_allclose(probabilities, tuned.predict_proba(activations["testing"].x[:3]), atol=2e-3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)

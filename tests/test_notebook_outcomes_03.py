@@ -43,7 +43,8 @@ print("OUTCOMES" + json.dumps({
     "exported": sorted(p.name for p in model_dir.iterdir()),
     "classified": [[r["label"], r["score"]] for r in label_image.classify(test.paths[::10][:20], model_dir)],
     "in_memory": [splits.classes[i] for i in models[best.name][1].predict(models[best.name][0].features(
-        np.stack([data.load_image(p, models[best.name][0].input_size) for p in test.paths[::10][:20]])))],
+        np.stack([data.load_image(p, models[best.name][0].input_size, models[best.name][0].central_crop)
+                  for p in test.paths[::10][:20]])))],
     "truth": [splits.classes[i] for i in test.labels[::10][:20]],
     "upload": widgets.classify_image_bytes(test.paths[0].read_bytes(), model_dir, name="x.jpg")["label"],
     "upload_bad": widgets.classify_image_bytes(b"not an image", model_dir, name="notes.txt").get("error"),

@@ -52,20 +52,25 @@ def test_prepare_builds_finds_computes_then_computes_nothing(tiny_course, capsys
     assert row(first, "backbone", "efficientnet_lite0 (classifier)")[0] == "built"
     assert row(first, "dataset", "flowers") == ("found", "6", "-", "-", "-")
     assert row(first, "dataset", "chest_xray") == ("found", "5", "-", "-", "-")
-    assert row(first, "bottlenecks", "flowers / efficientnet_lite0") == ("computed", "6", "5", "0", "1")
-    assert row(first, "bottlenecks", "chest_xray / efficientnet_lite0") == ("computed", "5", "5", "0", "0")
-    assert row(first, "bottlenecks", "daffodils / efficientnet_lite0") == ("computed", "2", "2", "0", "0")
+    # Each data set with the crops its notebooks use: flowers as the flower model and as the X-ray
+    # model see them (central crop, whole image), X-rays both ways too, daffodils as flowers.
+    assert row(first, "bottlenecks", "flowers / efficientnet_lite0 (crop 0.875)") == ("computed", "6", "5", "0", "1")
+    assert row(first, "bottlenecks", "flowers / efficientnet_lite0 (crop 1)") == ("computed", "6", "5", "0", "1")
+    assert row(first, "bottlenecks", "chest_xray / efficientnet_lite0 (crop 1)") == ("computed", "5", "5", "0", "0")
+    assert row(first, "bottlenecks", "chest_xray / efficientnet_lite0 (crop 0.875)") == ("computed", "5", "5", "0", "0")
+    assert row(first, "bottlenecks", "daffodils / efficientnet_lite0 (crop 0.875)") == ("computed", "2", "2", "0", "0")
+    assert "daffodils / efficientnet_lite0 (crop 1)" not in first
     assert "efficientnet_lite2" not in first  # only the backbones asked for
     assert "Prepared what was asked for; run without --datasets/--backbones" in first
     size = re.search(r"Disk: the cache .* uses ([\d.]+) MB \(\+([\d.]+) MB in this run\)", first)
     assert size and float(size.group(1)) == float(size.group(2)) > 5  # a SavedModel is ~15 MB
-    assert len(list((tiny_course / "cache" / "bottlenecks").rglob("*.npy"))) == 12
+    assert len(list((tiny_course / "cache" / "bottlenecks").rglob("*.npy"))) == 22  # 5 + 5 + 5 + 5 + 2
 
     assert prepare.main(ARGS) == 0
     second = capsys.readouterr().out
     assert row(second, "backbone", "efficientnet_lite0")[0] == "found"
-    assert row(second, "bottlenecks", "flowers / efficientnet_lite0") == ("cached", "6", "0", "5", "1")
-    assert row(second, "bottlenecks", "chest_xray / efficientnet_lite0") == ("cached", "5", "0", "5", "0")
+    assert row(second, "bottlenecks", "flowers / efficientnet_lite0 (crop 0.875)") == ("cached", "6", "0", "5", "1")
+    assert row(second, "bottlenecks", "chest_xray / efficientnet_lite0 (crop 1)") == ("cached", "5", "0", "5", "0")
     assert "(+0 B in this run)" in second
 
 

@@ -206,3 +206,26 @@ def test_retrain_and_label_image_commands_on_flowers(tmp_path):
         probabilities = [p for _, p in r["top_k"]]
         assert r["score"] == probabilities[0] == max(probabilities)
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_export_keeps_the_backbones_central_crop_for_file_input(tmp_path):
+    """Image files given to the SavedModel, or to label_image, are cut as the bottlenecks were."""
+    from helpers import data, label_image
+
+    net = TinyBackbone()
+    net.central_crop = 0.5
+    rng = np.random.default_rng(1)
+    head = rt.FinalLayer(rng.normal(size=(8, 3)).astype(np.float32), np.zeros(3, np.float32))
+    folder = rt.export_saved_model(net, head, ["a", "b", "c"], tmp_path / "model")
+    assert json.loads((folder / "model_info.json").read_text())["central_crop"] == 0.5
+    image = np.zeros((64, 96, 3), np.uint8)
+    image[16:48, 32:64] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # only the centre matters
+    Image.fromarray(image).save(tmp_path / "x.png")
+    expected = head.predict_proba(net.features(data.load_image(tmp_path / "x.png", 32, 0.5)[None]))[0]
+    model = tf.saved_model.load(str(folder))
+    from_bytes = model.signatures["serving_default"](image_bytes=tf.constant([(tmp_path / "x.png").read_bytes()]))
+    np.testing.assert_allclose(from_bytes["probabilities"].numpy()[0], expected, atol=1e-4)
+    whole = head.predict_proba(net.features(data.load_image(tmp_path / "x.png", 32)[None]))[0]
+    assert np.abs(whole - expected).max() > 1e-3  # the crop made a difference worth testing
+    [result] = label_image.classify([tmp_path / "x.png"], folder, use_unknown=False)
+    np.testing.assert_allclose([p for _, p in sorted(result["top_k"])], expected, atol=1e-5)
