@@ -488,7 +488,9 @@ def check_int8_file(path, image_paths, labels) -> bool:
     if not model.quantized:
         print(f"{Path(path).name} is a float model: pass quantize='int8' and representative images to tflite.convert.")
         return False
-    images, kept, _ = load_images(image_paths, model.input_size, central_crop=read_sidecar(path).get("central_crop", 1.0))
+    info_file = _sidecar_paths(path)[1]  # retrain's export writes one; a bare convert() does not (whole image)
+    crop = json.loads(info_file.read_text()).get("central_crop", 1.0) if info_file.is_file() else 1.0
+    images, kept, _ = load_images(image_paths, model.input_size, central_crop=crop)
     predicted = model.predict(images)
     right = int(np.sum(predicted == np.asarray(labels)[kept]))
     print(f"Right: {Path(path).name} is int8 ({model.size_bytes / 1e6:.1f} MB) and classifies {right} of "
