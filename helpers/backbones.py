@@ -40,7 +40,7 @@ from .settings import cache_dir
 
 __all__ = [
     "BUNDLED", "BUNDLED_CENTRAL_CROP", "FORMAT_VERSION", "HUB_MODULES", "Backbone", "BackboneUnavailableError", "HubModule",
-    "bundled_savedmodel", "default_central_crop", "imagenet_labels", "imagenet_top_k", "input_size_for", "load_backbone", "resolve_handle",
+    "bundled_savedmodel", "central_crop_for", "crop_suffix", "default_central_crop", "imagenet_labels", "imagenet_top_k", "input_size_for", "load_backbone", "resolve_handle",
 ]
 
 #: Bump when the way bundled SavedModels are built changes: it is part of every bundled id.
@@ -320,6 +320,18 @@ def default_central_crop(name_or_handle: str) -> float:
     return BUNDLED_CENTRAL_CROP.get(str(name_or_handle).strip(), 1.0)
 
 
+def central_crop_for(name_or_handle: str, central_crop: float | None = None) -> float:
+    """``central_crop`` checked (0 < c <= 1), or the backbone's default when it is None."""
+    from helpers import data
+
+    return data.check_central_crop(default_central_crop(name_or_handle) if central_crop is None else central_crop)
+
+
+def crop_suffix(central_crop: float) -> str:
+    """What a crop adds to a cache id: nothing for the whole image, ``-crop0.875`` for the centre."""
+    return "" if central_crop == 1.0 else f"-crop{central_crop:g}"
+
+
 def load_backbone(name_or_handle: str = "efficientnet_lite0", trainable: bool = False,
                   central_crop: float | None = None) -> Backbone:
     """Load a feature extractor by name (``BUNDLED`` / ``HUB_MODULES``), TF Hub URL or SavedModel folder.
@@ -330,10 +342,7 @@ def load_backbone(name_or_handle: str = "efficientnet_lite0", trainable: bool = 
     file it is shown; it is part of the ``id`` when it is not 1, so features made
     with another crop are cached apart.
     """
-    from helpers import data
-
-    central_crop = default_central_crop(name_or_handle) if central_crop is None else central_crop
-    central_crop = data.check_central_crop(central_crop)
+    central_crop = central_crop_for(name_or_handle, central_crop)
     resolved = resolve_handle(name_or_handle)
     if resolved.source == "bundled":
         folder = bundled_savedmodel(resolved.name)
@@ -351,9 +360,8 @@ def load_backbone(name_or_handle: str = "efficientnet_lite0", trainable: bool = 
     layer = _hub_layer(handle, trainable, name=_safe(resolved.name), output_shape=[dim] if dim else None)
     if dim is None:  # unknown module: ask it
         dim = int(layer(np.zeros((1, resolved.input_size, resolved.input_size, 3), np.float32)).shape[-1])
-    if central_crop != 1.0:
-        backbone_id = f"{backbone_id}-crop{central_crop:g}"
-    return Backbone(resolved.name, handle, resolved.input_size, dim, backbone_id, metadata, layer, central_crop)
+    return Backbone(resolved.name, handle, resolved.input_size, dim, backbone_id + crop_suffix(central_crop), metadata,
+                    layer, central_crop)
 
 
 def _safe(text: str) -> str:

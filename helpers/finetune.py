@@ -104,9 +104,8 @@ class LowerNetwork:
         model = _fresh_model(model_name)
         self.lower, _ = efficientnet_lite.split_at_block(model, k)
         self.name, self.k = f"{model_name} below block {k}", k
-        self.central_crop = _central_crop(model_name, central_crop)
-        crop = "" if self.central_crop == 1.0 else f"-crop{self.central_crop:g}"
-        self.id = f"{backbones.bundled_id(model_name)}{crop}@block{k:02d}"
+        self.central_crop = backbones.central_crop_for(model_name, central_crop)
+        self.id = f"{backbones.bundled_id(model_name)}{backbones.crop_suffix(self.central_crop)}@block{k:02d}"
         self.input_size = efficientnet_lite.MODELS[model_name].input_size
         self.shape = tuple(int(d) for d in self.lower.output_shape[1:])
         self.feature_dim = int(np.prod(self.shape))
@@ -147,13 +146,6 @@ class Activations:
     @property
     def megabytes(self) -> float:
         return self.x.nbytes / 1e6
-
-
-def _central_crop(model_name: str, central_crop) -> float:
-    from helpers import backbones, data
-
-    return data.check_central_crop(backbones.default_central_crop(model_name) if central_crop is None
-                                   else central_crop)
 
 
 def cached_activations(splits, fine_tune_blocks: int = DEFAULT_FINE_TUNE_BLOCKS, model_name: str = DEFAULT_MODEL,
@@ -319,7 +311,7 @@ class FineTunedModel:
         from helpers.retrain import FinalLayer
 
         kernel, bias = self.dense.get_weights()
-        crop = "" if self.central_crop == 1.0 else f"-crop{self.central_crop:g}"
+        crop = backbones.crop_suffix(self.central_crop)
         backbone = SimpleNamespace(layer=self.backbone, input_size=self.input_size, feature_dim=kernel.shape[0],
                                    name=f"{self.model_name} (top {self.fine_tune_blocks} blocks fine-tuned)",
                                    id=f"{backbones.bundled_id(self.model_name)}{crop}-finetuned{self.fine_tune_blocks}",
