@@ -11,6 +11,7 @@ One module per concern, imported by the notebooks and by the ``retrain`` and
 - ``evaluation``   accuracy with intervals, per-class and medical metrics, thresholds
 - ``unknown``      scores and rules that let a closed-set model answer "unknown"
 - ``plots`` / ``widgets``  the figures and interactive controls the notebooks show
+- ``notebooks``    run the notebooks headless (the course run and the timing script)
 
 Importing this package sets three TensorFlow environment switches *before*
 TensorFlow is imported (they have no effect afterwards):

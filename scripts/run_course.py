@@ -33,12 +33,12 @@ def notebook_paths(only: list[str] | None = None) -> list[Path]:
 def execute(path: Path, out_dir: Path, timeout: int) -> float:
     """Run one notebook top to bottom in its own folder; write the executed copy; return seconds."""
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    from helpers.notebooks import notebook_client
+
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = notebook_client(nb, timeout, path.parent)
     start = time.perf_counter()
     try:
         client.execute()

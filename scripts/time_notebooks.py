@@ -64,14 +64,14 @@ def cpu_name() -> str:
 def run_notebook(path: Path, setting: str, timeout: int, out_dir: Path | None = None) -> dict:
     """Execute one notebook in ``setting`` ("full" or "quick"); return seconds, success and the error if any."""
     import nbformat
-    from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
+
+    from helpers.notebooks import notebook_client
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
     notebook = nbformat.read(path, as_version=4)
-    client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+    client = notebook_client(notebook, timeout, path.parent)
     previous = os.environ.pop("COURSE_QUICK", None)
     if setting == "quick":
         os.environ["COURSE_QUICK"] = "1"  # the kernel inherits this process's environment
