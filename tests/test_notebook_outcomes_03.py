@@ -56,12 +56,11 @@ print("OUTCOMES" + json.dumps({
 
 @pytest.fixture(scope="module")
 def outcomes():
-    from nbclient import NotebookClient
+    from helpers.notebooks import notebook_client
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(READ_OUTCOMES))
-    NotebookClient(nb, timeout=900, kernel_name="python3",
-                   resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    notebook_client(nb, 900, NOTEBOOK.parent).execute()
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
     return json.loads(text.split("OUTCOMES", 1)[1])
 
