@@ -10,13 +10,11 @@ interval of about +-5 points) the six options measured 79.5-83.5% test accuracy
 and 86.5-90.5% validation accuracy; the 75% floor leaves room for that noise
 while failing a broken pipeline (five balanced classes: guessing scores 20%).
 """
-import json
-from pathlib import Path
-
-import nbformat
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "03_retrain_flowers.ipynb"
+from tests.notebook_support import run_and_read_outcomes
+
+NOTEBOOK = "03_retrain_flowers.ipynb"
 
 READ_OUTCOMES = '''
 import json
@@ -56,13 +54,7 @@ print("OUTCOMES" + json.dumps({
 
 @pytest.fixture(scope="module")
 def outcomes():
-    from helpers.notebooks import notebook_client
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(READ_OUTCOMES))
-    notebook_client(nb, 900, NOTEBOOK.parent).execute()
-    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
-    return json.loads(text.split("OUTCOMES", 1)[1])
+    return run_and_read_outcomes(NOTEBOOK, READ_OUTCOMES)
 
 
 pytestmark = pytest.mark.slow

@@ -10,13 +10,11 @@ accuracies 80-95%) leave room for the subset's noise (N=80 test images: a 95%
 interval is about +-8 points) while still failing for a broken pipeline: a
 model that always says PNEUMONIA scores 50% on the balanced subset and AUC 0.5.
 """
-import json
-from pathlib import Path
-
-import nbformat
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_chest_xrays.ipynb"
+from tests.notebook_support import run_and_read_outcomes
+
+NOTEBOOK = "04_chest_xrays.ipynb"
 
 READ_OUTCOMES = '''
 import json
@@ -50,13 +48,7 @@ print("OUTCOMES" + json.dumps({
 
 @pytest.fixture(scope="module")
 def outcomes():
-    from helpers.notebooks import notebook_client
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(READ_OUTCOMES))
-    notebook_client(nb, 900, NOTEBOOK.parent).execute()
-    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
-    return json.loads(text.split("OUTCOMES", 1)[1])
+    return run_and_read_outcomes(NOTEBOOK, READ_OUTCOMES)
 
 
 pytestmark = pytest.mark.slow

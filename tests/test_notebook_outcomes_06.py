@@ -16,10 +16,11 @@ of its size.
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
 
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_beyond_the_last_layer.ipynb"
+from tests.notebook_support import run_and_read_outcomes
+
+NOTEBOOK = "06_beyond_the_last_layer.ipynb"
 
 READ_OUTCOMES = '''
 import json
@@ -54,13 +55,7 @@ print("OUTCOMES" + json.dumps({
 
 @pytest.fixture(scope="module")
 def outcomes():
-    from helpers.notebooks import notebook_client
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    nb.cells.append(nbformat.v4.new_code_cell(READ_OUTCOMES))
-    notebook_client(nb, 900, NOTEBOOK.parent).execute()
-    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("name") == "stdout")
-    return json.loads(text.split("OUTCOMES", 1)[1])
+    return run_and_read_outcomes(NOTEBOOK, READ_OUTCOMES)
 
 
 pytestmark = pytest.mark.slow
