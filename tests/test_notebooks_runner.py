@@ -46,10 +46,11 @@ def test_the_overall_timeout_still_ends_the_wait():
     assert 1.1 < time.monotonic() - start < 2.0
 
 
-def test_the_client_runs_in_the_given_folder(tmp_path):
+def test_the_client_runs_the_notebook_in_the_given_folder(tmp_path):
     import nbformat
 
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.getcwd())")])
     client = notebooks.notebook_client(nb, timeout=60, working_dir=tmp_path)
     assert client.timeout == 60
-    assert client.resources["metadata"]["path"] == str(tmp_path)
+    client.execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == str(tmp_path)
