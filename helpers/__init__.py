@@ -20,7 +20,10 @@ TensorFlow 2.21, ``TF_ENABLE_ONEDNN_OPTS=1`` (oneDNN's CPU kernels: the network 
 about twice as fast as with TensorFlow's own; a re-run still gives the same digits,
 only two different code paths may differ in about the sixth digit), and
 ``TF_CPP_MIN_LOG_LEVEL=2`` to keep TensorFlow's log noise out of the lessons.
-A value you set yourself is kept.
+A value you set yourself is kept. It then imports TensorFlow with its native
+start-up lines held back (``settings.quiet_native_logs``: "could not find cuda
+drivers", "failed call to cuInit" and the like reach file descriptor 2 before
+``TF_CPP_MIN_LOG_LEVEL`` applies, and would open every notebook in red).
 """
 import os as _os
 
@@ -29,3 +32,10 @@ _os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 __version__ = "0.1.0"
+
+try:
+    from helpers.settings import import_tensorflow as _import_tensorflow
+
+    _import_tensorflow()
+except ImportError:  # TensorFlow not installed: the modules that need it say so when used
+    pass

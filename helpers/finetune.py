@@ -391,7 +391,7 @@ def fine_tune(activations: dict, classes, learning_rate: float = 1e-4, epochs: i
     import tensorflow as tf
 
     from helpers.retrain import train_final_layer
-    from helpers.settings import set_seeds
+    from helpers.settings import quiet_native_logs, set_seeds
 
     train, val = activations["training"], activations["validation"]
     if len(train) == 0 or len(val) == 0:
@@ -442,11 +442,12 @@ def fine_tune(activations: dict, classes, learning_rate: float = 1e-4, epochs: i
             raise ValueError(f"distorted activations are {distorted.x.shape[1:]}, "
                              f"the training ones {train.x.shape[1:]}")
         pool_x, pool_y = np.concatenate([train.x, distorted.x]), np.concatenate([train.labels, distorted.labels])
-    fit = top.fit(_training_dataset(pool_x, pool_y, batch_size, flip_left_right, seed),
-                  steps_per_epoch=int(np.ceil(len(train) / batch_size)),
-                  validation_data=(val_x, val.labels), validation_batch_size=256, epochs=epochs,
-                  class_weight=None if class_weights is None else dict(enumerate(map(float, class_weights))),
-                  callbacks=[stop], verbose=2 if progress else 0)
+    with quiet_native_logs():  # oneDNN's "supports DT_HALF only on platforms with AVX-512" (float16 maps)
+        fit = top.fit(_training_dataset(pool_x, pool_y, batch_size, flip_left_right, seed),
+                      steps_per_epoch=int(np.ceil(len(train) / batch_size)),
+                      validation_data=(val_x, val.labels), validation_batch_size=256, epochs=epochs,
+                      class_weight=None if class_weights is None else dict(enumerate(map(float, class_weights))),
+                      callbacks=[stop], verbose=2 if progress else 0)
     history = {key: [float(v) for v in values] for key, values in fit.history.items()}
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     if history["val_loss"][best_epoch - 1] >= start_loss:

@@ -6,8 +6,12 @@ the same numbers, and reads ``quick_mode()`` to decide between the full data
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import helpers  # noqa: F401  (sets the TensorFlow environment switches first)
@@ -19,6 +23,62 @@ QUICK_ENV = "COURSE_QUICK"
 #: The project root: the folder holding ``helpers/``, ``notebooks/`` and ``README.md``.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SEED = 42
+
+
+#: TensorFlow's native start-up chatter: written straight to file descriptor 2 by C++ code before its
+#: logging is set up, so ``TF_CPP_MIN_LOG_LEVEL`` does not reach it. It says nothing a learner can act on
+#: (no GPU on a laptop is expected; oneDNN is our choice, see ``helpers/__init__``).
+NATIVE_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog"
+    r"|oneDNN custom operations are on"
+    r"|oneDNN supports DT_HALF only on platforms with AVX-512"
+    r"|cudart_stub\.cc|cuda_platform\.cc.*cuInit|Could not find cuda drivers"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory|computation_placer\.cc|TF-TRT Warning"
+    r"|This TensorFlow binary is optimized to use available CPU instructions"
+    r"|To enable the following instructions:.*rebuild TensorFlow"
+    r"|fully_quantize: \d+, inference_type: \d+"
+)
+
+
+@contextlib.contextmanager
+def quiet_native_logs(noise: re.Pattern = NATIVE_NOISE):
+    """Hold back TensorFlow's native log lines that match ``noise``; pass every other line on.
+
+    C++ code writes to file descriptor 2 directly, past Python's ``sys.stderr``
+    (in Jupyter those lines land in the cell's output). Inside this block fd 2
+    goes to a temporary file; afterwards each line that is not known noise is
+    written to ``sys.stderr``, so real warnings and errors are still shown, only
+    later. Use it around the calls that print the chatter: importing TensorFlow
+    and its first device query, the first fine-tuning step, TFLite conversion.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedded interpreter): nothing to hold back
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode("utf-8", "replace").splitlines(keepends=True)
+                    if not noise.search(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def import_tensorflow():
+    """Import TensorFlow (and look for devices, which is when CUDA is probed) without its start-up chatter."""
+    with quiet_native_logs():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
+    return tf
 
 
 def cache_dir(*parts: str) -> Path:

@@ -86,7 +86,10 @@ def convert(keras_model, output_file, quantize: str | None = None, representativ
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = samples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    flatbuffer = converter.convert()
+    from helpers.settings import quiet_native_logs
+
+    with quiet_native_logs():  # the converter's "fully_quantize: 0, inference_type: 6, ..." debug line
+        flatbuffer = converter.convert()
     output_file = Path(output_file)
     output_file.parent.mkdir(parents=True, exist_ok=True)
     temp = output_file.with_name(f".{output_file.name}.tmp")
