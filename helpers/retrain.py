@@ -467,7 +467,7 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
             saved_model_dir=None, output_labels=None, flip_left_right: bool = False, random_crop: int = 0,
             random_scale: int = 0, random_brightness: int = 0, test_image_dir=None, group_by: str = "basename",
             class_weights: str = "none", seed: int = 42, metrics_json=None, max_images_per_class=None,
-            positive_class=None, threshold_rule="youden", unknown_method: str = "knn+msp",
+            positive_class=None, threshold_rule="youden", unknown_method: str = "knn+energy",
             unknown_accept_fraction: float = 0.95, backbone=None, verbose: bool = True,
             fine_tune_blocks: int = 0, tflite_output_file=None, quantize: str | None = None,
             central_crop: float | None = None) -> RetrainResult:
@@ -747,7 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--threshold_rule", default="youden",
                        help="Two classes: how the threshold is chosen on validation: 'youden' or "
                        "'sensitivity:0.95'.")
-    extra.add_argument("--unknown_method", default="knn+msp",
+    extra.add_argument("--unknown_method", default="knn+energy",
                        help="Rule that lets the model answer 'unknown' (helpers.unknown): msp, energy, "
                        "mahalanobis, knn, several joined by '+', or 'none'.")
     extra.add_argument("--unknown_accept_fraction", type=float, default=0.95,
