@@ -15,6 +15,7 @@ from scipy.special import softmax
 from helpers import label_image, unknown
 from helpers.settings import PROJECT_ROOT
 from helpers.unknown import (
+    DEFAULT_METHOD,
     EnergyScore,
     KNNScore,
     MahalanobisScore,
@@ -326,14 +327,14 @@ def test_retrain_stores_the_rule_and_label_image_answers_unknown_for_xrays(tmp_p
     done = subprocess.run(
         [sys.executable, "-m", "helpers.retrain", "--image_dir", str(FLOWERS), "--max_images_per_class", "20",
          "--how_many_training_steps", "200", "--eval_step_interval", "100", "--saved_model_dir", str(model_dir),
-         "--metrics_json", str(metrics_file), "--unknown_method", "knn+msp", "--unknown_accept_fraction", "0.95"],
+         "--metrics_json", str(metrics_file), "--unknown_accept_fraction", "0.95"],  # the default rule
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=900,
         env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Unknown rule knn+msp: threshold" in done.stdout
+    assert DEFAULT_METHOD == "knn+energy" and f"Unknown rule {DEFAULT_METHOD}: threshold" in done.stdout
     assert sorted(p.name for p in model_dir.glob("unknown_rule.*")) == ["unknown_rule.json", "unknown_rule.npz"]
     report = json.loads(metrics_file.read_text())["unknown"]
-    assert report["method"] == "knn+msp" and report["accept_fraction"] == 0.95
+    assert report["method"] == DEFAULT_METHOD and report["accept_fraction"] == 0.95
     assert report["known_accepted"]["validation"] >= 0.95  # by construction, on the images that set it
     assert report["known_accepted"]["testing"] >= 0.85  # 100 new known images: ~95% expected, margin for N=100
 
