@@ -348,16 +348,23 @@ def balanced_class_weights(labels, n_classes: int) -> np.ndarray:
 
 
 def _training_dataset(x, y, batch_size: int, flip_left_right: bool, seed: int):
-    """Endless shuffled batches of (float32 activations, labels), each map flipped left-right half of the time."""
+    """Endless shuffled batches of (float32 activations, labels), each map flipped left-right half of the time.
+
+    The flip of the n-th map drawn is decided by a *stateless* random draw seeded
+    with ``(seed, n)``: the maps are prepared on parallel threads, and a stateful
+    random op would hand out its numbers in whatever order the threads arrive,
+    so a re-run would flip other maps and end with other weights.
+    """
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.repeat()
+    dataset = dataset.repeat().enumerate()
 
-    def prepare(a, label):
+    def prepare(n, example):
+        a, label = example
         a = tf.cast(a, tf.float32)
         if flip_left_right:
-            a = tf.image.random_flip_left_right(a, seed=seed)
+            a = tf.image.stateless_random_flip_left_right(a, seed=tf.stack([tf.constant(seed, tf.int64), n]))
         return a, label
 
     return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).prefetch(tf.data.AUTOTUNE)

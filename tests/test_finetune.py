@@ -153,3 +153,28 @@ def test_evaluation_rows_choose_the_threshold_on_validation():
     flowers = finetune.evaluate_probabilities("argmax", {"testing": np.eye(3)[[0, 1, 2, 2]]},
                                               {"testing": np.array([0, 1, 2, 1])}, ["a", "b", "c"])
     assert flowers["accuracy"] == 0.75 and "sensitivity" not in flowers
+
+
+def test_training_batches_are_the_same_on_every_run_and_flip_about_half_the_maps():
+    """The maps are prepared on parallel threads: flips must not depend on which thread draws first."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3, 4, 2)).astype(np.float16)  # asymmetric maps: a flip always changes them
+    y = np.arange(64)
+
+    def first_batches(seed, n=12):
+        batches = finetune._training_dataset(x, y, 16, True, seed).take(n)
+        return [(a.numpy(), b.numpy()) for a, b in batches]
+
+    run1, run2 = first_batches(42), first_batches(42)
+    for (a1, y1), (a2, y2) in zip(run1, run2):
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(a1, a2)
+    flipped = [not np.array_equal(a, x[label].astype(np.float32))
+               for batch, labels in run1 for a, label in zip(batch, labels)]
+    for batch, labels in run1:  # every map is the original or its mirror image, never anything else
+        for a, label in zip(batch, labels):
+            original = x[label].astype(np.float32)
+            assert np.array_equal(a, original) or np.array_equal(a, original[:, ::-1, :])
+    assert 0.35 < np.mean(flipped) < 0.65, np.mean(flipped)
+    other = first_batches(7)
+    assert any(not np.array_equal(a1, a2) for (a1, _), (a2, _) in zip(run1, other))
