@@ -601,18 +601,20 @@ def activation_megabytes(n_images: int, shape, bytes_per_value: int = 2) -> floa
 
 
 def check_activation_memory(answer) -> bool:
-    """Exercise: the memory of caching block 11's input (14 x 14 x 112, float16) for the 3,670 flowers, in MB."""
-    expected = activation_megabytes(3670, (14, 14, 112))
+    """Exercise: the memory of caching the stem's output (112 x 112 x 32, float16) for the 3,670 flowers, in MB."""
+    expected = activation_megabytes(3670, (112, 112, 32))
     if answer is None:
         print("Set my_megabytes to your answer (a number of megabytes) and run this cell again.")
         return False
     if abs(float(answer) - expected) <= 0.02 * expected:
-        print(f"Right: {expected:.0f} MB, {expected / activation_megabytes(3670, (7, 7, 192)):.1f} times the "
-              f"7 x 7 x 192 cache: 4 times the positions, a bit over half the channels.")
+        print(f"Right: {expected:,.0f} MB, {expected / activation_megabytes(3670, (14, 14, 112)):.0f} times the "
+              f"14 x 14 x 112 cache of the five-block cut, more memory than many laptops have to spare. "
+              f"Fine-tuning the whole network does not cache: it runs every photo through everything in every "
+              f"epoch, freshly distorted, which is what a GPU is for.")
         return True
     hint = (" (float16 takes 2 bytes per value)" if abs(float(answer) - 2 * expected) <= 0.02 * 2 * expected
-            else " Count 14 x 14 positions x 112 channels per image, 2 bytes each.")
-    print(f"Not quite: {float(answer):.0f} MB is not it.{hint}")
+            else " Count 112 x 112 positions x 32 channels per image, 2 bytes each.")
+    print(f"Not quite: {float(answer):,.0f} MB is not it.{hint}")
     return False
 
 
