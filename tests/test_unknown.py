@@ -313,6 +313,15 @@ def test_expected_calibration_error_and_reliability_curve_by_hand():
     assert expected_calibration_error(y, probabilities, n_bins=10) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
 
 
+def test_the_retrain_command_and_function_default_to_the_library_default_rule():
+    import inspect
+
+    from helpers import retrain
+
+    assert inspect.signature(retrain.retrain).parameters["unknown_method"].default == DEFAULT_METHOD
+    assert retrain.build_parser().parse_args(["--image_dir", "x"]).unknown_method == DEFAULT_METHOD
+
+
 # ---------------------------------------------------------------- the commands on real images
 
 FLOWERS = PROJECT_ROOT.parent / "shared" / "datasets" / "flower_photos"
