@@ -28,6 +28,7 @@ import numpy as np
 
 import helpers  # noqa: F401  (TensorFlow switches first)
 from helpers import data, evaluation
+from helpers.unknown import DEFAULT_METHOD as DEFAULT_UNKNOWN_METHOD
 from helpers.bottlenecks import BottleneckCache, Bottlenecks, bottlenecks_for_splits
 
 __all__ = [
@@ -467,7 +468,7 @@ def retrain(image_dir=None, tfhub_module: str = "efficientnet_lite0", bottleneck
             saved_model_dir=None, output_labels=None, flip_left_right: bool = False, random_crop: int = 0,
             random_scale: int = 0, random_brightness: int = 0, test_image_dir=None, group_by: str = "basename",
             class_weights: str = "none", seed: int = 42, metrics_json=None, max_images_per_class=None,
-            positive_class=None, threshold_rule="youden", unknown_method: str = "knn+energy",
+            positive_class=None, threshold_rule="youden", unknown_method: str = DEFAULT_UNKNOWN_METHOD,
             unknown_accept_fraction: float = 0.95, backbone=None, verbose: bool = True,
             fine_tune_blocks: int = 0, tflite_output_file=None, quantize: str | None = None,
             central_crop: float | None = None) -> RetrainResult:
@@ -747,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     extra.add_argument("--threshold_rule", default="youden",
                        help="Two classes: how the threshold is chosen on validation: 'youden' or "
                        "'sensitivity:0.95'.")
-    extra.add_argument("--unknown_method", default="knn+energy",
+    extra.add_argument("--unknown_method", default=DEFAULT_UNKNOWN_METHOD,
                        help="Rule that lets the model answer 'unknown' (helpers.unknown): msp, energy, "
                        "mahalanobis, knn, several joined by '+', or 'none'.")
     extra.add_argument("--unknown_accept_fraction", type=float, default=0.95,
